@@ -7,7 +7,6 @@ plugin cache ``dropin.cache`` is kept out of the wheel.
 
 from setuptools import find_packages, setup
 
-
 setup(
     name="firezone-twisted",
     version="0.1.0",
@@ -16,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    packages=find_packages(exclude=["tests*"]) + ["twisted.plugins"],  # noqa: RUF005
     package_data={"firezone": ["py.typed"], "": ["*.sql", "*.html", "*.c", "*.css"]},
     exclude_package_data={"twisted.plugins": ["dropin.cache"]},
     include_package_data=False,
@@ -38,7 +37,14 @@ setup(
     ],
     extras_require={
         "test": ["hypothesis>=6.100"],
-        "dev": ["hypothesis>=6.100", "mypy>=1.10", "ruff>=0.5", "tox>=4", "build>=1.2"],
+        "dev": [
+            "hypothesis>=6.100",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
+            "ruff>=0.5",
+            "tox>=4",
+            "build>=1.2",
+        ],
     },
     entry_points={"console_scripts": ["firezone-ctl = firezone.portal.ctl:main"]},
     zip_safe=False,

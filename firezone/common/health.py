@@ -1,4 +1,4 @@
-"""``/healthz``, ``/readyz`` and ``/metrics`` on ``HEALTH_CHECK_ADDR``, as the reference serves them.
+"""``/healthz``, ``/readyz`` and ``/metrics`` on ``HEALTH_CHECK_ADDR``, as the reference has them.
 
 ``/healthz`` answers 200 while the process runs.  ``/readyz`` answers 200 with
 the version once the role says it is ready (for the relay: joined to the
@@ -8,6 +8,7 @@ portal) and 503 otherwise, so an orchestrator only routes to working nodes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
@@ -79,7 +80,7 @@ def health_resource(readiness: Readiness, registry: CollectorRegistry) -> Resour
 class _QuietSite(Site):
     """Probes hit these paths every few seconds; an access line each would drown the log."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 

@@ -31,7 +31,9 @@ def load_or_create_id(path: Path) -> str:
     return device_id
 
 
-def read_token(explicit: str | None, token_path: Path | None, credentials_dir: str | None) -> str | None:
+def read_token(
+    explicit: str | None, token_path: Path | None, credentials_dir: str | None
+) -> str | None:
     """The token from the option/env, else a systemd credential, else a token file."""
     if explicit:
         return "".join(explicit.split())

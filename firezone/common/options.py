@@ -41,11 +41,11 @@ class EnvOptions(usage.Options):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # usage.Options collects optParameters/optFlags from class attributes.
         super().__init_subclass__(**kwargs)
-        cls.optParameters = [
+        cls.optParameters = [  # type: ignore[attr-defined]
             [name, short, default, _help_with_env(help_, env)]
             for name, short, default, help_, _coerce, env in cls.__dict__.get("envParameters", [])
         ]
-        cls.optFlags = [
+        cls.optFlags = [  # type: ignore[attr-defined]
             [name, short, _help_with_env(help_, env)]
             for name, short, help_, env in cls.__dict__.get("envFlags", [])
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -63,8 +64,9 @@ class Options(opt.EnvOptions):
             self["name"] = socket.gethostname()
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
 
     if options["id"] is None:
         options["id"] = load_or_create_id(options["id-path"])

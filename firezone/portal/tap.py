@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
@@ -63,10 +64,13 @@ class Options(opt.EnvOptions):
             self["database"] = f"sqlite:///{path}"
         scheme = urlsplit(self["external-url"]).scheme
         if scheme not in ("http", "https"):
-            raise usage.UsageError(f"--external-url: {self['external-url']!r} is not an http(s) URL")
+            raise usage.UsageError(
+                f"--external-url: {self['external-url']!r} is not an http(s) URL"
+            )
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
 
     return RoleService("portal", reactor, options["health-check"])

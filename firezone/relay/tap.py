@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -61,7 +62,8 @@ class Options(opt.EnvOptions):
             self["name"] = socket.gethostname()
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
 
     return RoleService("relay", reactor, options["health-check"])

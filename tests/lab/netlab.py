@@ -332,7 +332,7 @@ class Lab:
             raise LabError("lab already torn down")
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         log_path = self.workdir / f"{host.name}.{safe}.{len(self.processes)}.log"
-        log_file = open(log_path, "wb")  # noqa: SIM115 - closed by LabProcess.stop
+        log_file = open(log_path, "wb")
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         if env:

@@ -1,4 +1,4 @@
-"""Self-tests of the lab: the hosts it builds behave like real networks, and leave nothing behind."""
+"""Self-tests of the lab: its hosts behave like real networks and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ class LabTeardownTests(SynchronousTestCase):
 
     def _interfaces_in_root(self) -> set[str]:
         out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, check=True)
-        return {line.split(":")[1].strip().split("@")[0] for line in out.stdout.decode().splitlines()}
+        lines = out.stdout.decode().splitlines()
+        return {line.split(":")[1].strip().split("@")[0] for line in lines}
 
     def test_teardown_removes_everything(self) -> None:
         """After teardown the namespaces, their veths and the processes are gone."""

@@ -1,5 +1,8 @@
 from twisted.application.service import ServiceMaker
 
 firezone_gateway = ServiceMaker(
-    "Firezone gateway", "firezone.gateway.tap", "Firezone gateway: tunnels to resources", "firezone-gateway"
+    "Firezone gateway",
+    "firezone.gateway.tap",
+    "Firezone gateway: tunnels to resources",
+    "firezone-gateway",
 )

@@ -1,5 +1,8 @@
 from twisted.application.service import ServiceMaker
 
 firezone_relay = ServiceMaker(
-    "Firezone relay", "firezone.relay.tap", "Firezone STUN/TURN relay", "firezone-relay"
+    "Firezone relay",
+    "firezone.relay.tap",
+    "Firezone STUN/TURN relay",
+    "firezone-relay",
 )

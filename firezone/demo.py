@@ -1,0 +1,148 @@
+"""``make demo``: run all four roles on this machine against the embedded SQLite portal.
+
+It prints every command it runs, waits for each role's ``/healthz``, shows the
+``/readyz`` of each, and keeps them running until Ctrl-C (or, with ``--check``,
+stops them and exits 0 once all are healthy: that is how the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Role:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _twistd() -> str:
+    candidate = Path(sys.executable).with_name("twistd")
+    return str(candidate) if candidate.exists() else "twistd"
+
+
+def plan(data_dir: Path, base_port: int) -> list[Role]:
+    """The four roles, each with its own health port and state under ``data_dir``."""
+    twistd = _twistd()
+    api_url = f"ws://127.0.0.1:{base_port}/"
+    common = ["-n", "--pidfile="]
+    stamp_secret = secrets.token_hex(32)
+    return [
+        Role("portal", [twistd, *common, "firezone-portal",
+                        "--listen", f"tcp:{base_port}:interface=127.0.0.1"],
+             {"FIREZONE_DATA_DIR": str(data_dir / "portal"),
+              "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 1}"}, base_port + 1),
+        Role("relay", [twistd, *common, "firezone-relay", "--public-ip4", "127.0.0.1",
+                       "--listen-port", str(base_port + 478), "--stamp-secret", stamp_secret],
+             {"HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 2}"}, base_port + 2),
+        Role("gateway", [twistd, *common, "firezone-gateway",
+                         "--id-path", str(data_dir / "gateway" / "id")],
+             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": "demo-gateway-token",
+              "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 3}"}, base_port + 3),
+        Role("client", [twistd, *common, "firezone-client",
+                        "--id-path", str(data_dir / "client" / "id")],
+             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": "demo-client-token",
+              "FIREZONE_DNS_CONTROL": "disabled",
+              "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 4}"}, base_port + 4),
+    ]
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+    except OSError as e:
+        return 0, str(e)
+
+
+def start(roles: list[Role], log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for role in roles:
+        env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(role.env.items()))
+        print(f"[demo] {role.name}: {env_text} {shlex.join(role.argv)}", flush=True)
+        log = open(log_dir / f"{role.name}.log", "wb")
+        role.process = subprocess.Popen(
+            role.argv, env={**os.environ, **role.env}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=str(log_dir),
+        )
+
+
+def stop(roles: list[Role]) -> None:
+    for role in roles:
+        if role.process and role.process.poll() is None:
+            role.process.send_signal(signal.SIGTERM)
+    for role in roles:
+        if role.process:
+            try:
+                role.process.wait(10)
+            except subprocess.TimeoutExpired:
+                role.process.kill()
+                role.process.wait()
+
+
+def wait_healthy(roles: list[Role], timeout: float) -> list[str]:
+    """Names of roles not healthy within ``timeout`` seconds (empty when all are)."""
+    deadline = time.monotonic() + timeout
+    pending = {r.name: r for r in roles}
+    while pending and time.monotonic() < deadline:
+        for name, role in list(pending.items()):
+            if role.process is not None and role.process.poll() is not None:
+                continue
+            if _get(role.health_port, "/healthz")[0] == 200:
+                del pending[name]
+        time.sleep(0.2)
+    return sorted(pending)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="firezone-demo", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"))
+    parser.add_argument("--base-port", type=int, default=13000)
+    parser.add_argument("--check", action="store_true",
+                        help="exit once every role is healthy (for tests)")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    roles = plan(data_dir, args.base_port)
+    start(roles, data_dir / "logs")
+    try:
+        unhealthy = wait_healthy(roles, timeout=30)
+        for role in roles:
+            code, body = _get(role.health_port, "/readyz")
+            print(f"[demo] {role.name:8} health http://127.0.0.1:{role.health_port}/healthz "
+                  f"ready={code} {body}", flush=True)
+        if unhealthy:
+            print(f"[demo] not healthy: {', '.join(unhealthy)}; logs in {data_dir / 'logs'}",
+                  file=sys.stderr)
+            return 1
+        print(f"[demo] all roles up; logs in {data_dir / 'logs'}", flush=True)
+        if args.check:
+            return 0
+        print("[demo] Ctrl-C to stop", flush=True)
+        while all(r.process and r.process.poll() is None for r in roles):
+            time.sleep(1)
+        print("[demo] a role exited; see its log", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(roles)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
