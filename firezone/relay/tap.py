@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
+from firezone import __version__
 from firezone.common import options as opt
 from firezone.common.role import RoleService
+from firezone.relay.metrics import RelayCollector
+from firezone.relay.server import TurnServer
+from firezone.relay.udp import RelayUDP
+
+_log = Logger()
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
 
 
 class Options(opt.EnvOptions):
@@ -40,6 +56,9 @@ class Options(opt.EnvOptions):
          "FIREZONE_NAME"),
         ("health-check", None, "0.0.0.0:8080", "host:port for /healthz, /readyz, /metrics",
          opt.host_port, "HEALTH_CHECK_ADDR"),
+        ("allocations-per-username", None, "1",
+         "Allocations one credential may hold at once; more evict the oldest (reference: 1)",
+         _positive_int, None),
         ("stamp-secret", None, None,
          "Hex secret for TURN credentials (default: random at start; fix it only for tests)",
          opt.hex_secret, None),
@@ -56,8 +75,13 @@ class Options(opt.EnvOptions):
                 f"--lowest-port {self['lowest-port']} is above --highest-port "
                 f"{self['highest-port']}"
             )
-        if self["api-url"] and not self["token"]:
-            raise usage.UsageError("--api-url needs --token/FIREZONE_TOKEN")
+        if self["api-url"]:
+            # The portal channel client arrives with the control-plane API; until then the
+            # relay runs standalone only, and says so rather than pretending to join.
+            raise usage.UsageError(
+                "--api-url/FIREZONE_API_URL: joining a portal is not supported by this build "
+                "yet; run standalone with --stamp-secret"
+            )
         if self["name"] is None:
             self["name"] = socket.gethostname()
 
@@ -65,5 +89,66 @@ class Options(opt.EnvOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+    stamp_secret = options["stamp-secret"] or secrets.token_hex(32)
+    server = TurnServer(
+        options["public-ip4"],
+        options["public-ip6"],
+        stamp_secret,
+        lowest_port=options["lowest-port"],
+        highest_port=options["highest-port"],
+        listen_port=options["listen-port"],
+        software=f"firezone-relay; rev={_revision()}",
+        allocations_per_username=options["allocations-per-username"],
+    )
+    root = RoleService("relay", reactor, options["health-check"])
+    udp = RelayUDP(
+        reactor,
+        server,
+        str(options["bind-ip4"]) if options["public-ip4"] is not None else None,
+        str(options["bind-ip6"]) if options["public-ip6"] is not None else None,
+    )
+    udp.setName("udp")
+    udp.setServiceParent(root)
+    root.registry.register(RelayCollector(server, lambda: udp.send_errors))
+    stats = TimerService(STATS_LOG_INTERVAL, _StatsLogger(server).log)
+    stats.clock = reactor
+    stats.setServiceParent(root)
+    # Standalone: ready once the sockets are bound (startService raises otherwise).
+    root.readiness.set_ready()
+    return root
 
-    return RoleService("relay", reactor, options["health-check"])
+
+STATS_LOG_INTERVAL = 10.0
+
+
+class _StatsLogger:
+    """Throughput every 10 s, as the reference relay logs it."""
+
+    def __init__(self, server: TurnServer) -> None:
+        self._server = server
+        self._last = (0, 0)
+
+    def log(self) -> None:
+        try:
+            stats = self._server.stats
+            packets = stats.packets_to_peer + stats.packets_to_client
+            size = stats.bytes_to_peer + stats.bytes_to_client
+            dp, db = packets - self._last[0], size - self._last[1]
+            self._last = (packets, size)
+            if dp:
+                _log.info(
+                    "relayed {packets} packets ({mbps:.1f} Mbit/s) in the last {interval:.0f} s; "
+                    "{allocations} allocations, {channels} channels",
+                    packets=dp, mbps=db * 8 / STATS_LOG_INTERVAL / 1e6,
+                    interval=STATS_LOG_INTERVAL, allocations=self._server.num_allocations,
+                    channels=self._server.num_bound_channels,
+                )
+        except Exception:
+            _log.failure("relay stats logging failed")
+
+
+def _revision() -> str:
+    """8 hex digits identifying this build (the reference uses its git sha)."""
+    import hashlib
+
+    return hashlib.sha256(__version__.encode()).hexdigest()[:8]

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from twisted.application.service import IService, IServiceCollection, IServiceMaker
-from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +15,7 @@ from firezone.client import tap as client_tap
 from firezone.gateway import tap as gateway_tap
 from firezone.portal import tap as portal_tap
 from firezone.relay import tap as relay_tap
+from tests.fakes import FakeUDPReactor
 
 
 class PluginTests(SynchronousTestCase):
@@ -95,7 +95,7 @@ class MakeServiceTests(SynchronousTestCase):
         for module, env in cases:
             options = module.Options(environ={**env, "HEALTH_CHECK_ADDR": "127.0.0.1:18080"})
             options.parse_strict([])
-            reactor = MemoryReactorClock()
+            reactor = FakeUDPReactor()
             service = module.makeService(options, reactor=reactor)
             self.assertTrue(IService.providedBy(service))
             self.assertTrue(IServiceCollection.providedBy(service))

@@ -381,6 +381,30 @@ class Lab:
         return lab_namespaces(self.prefix)
 
 
+def star(lab: Lab, names: Sequence[str], mtu: int | None = None) -> dict[str, Host]:
+    """Hosts around one router ``inet``: host i gets 198.18.i.2/24 and 2001:db8:i::2/64.
+
+    The router is .1 / ::1 on each segment and every host's default route.
+    """
+    router = lab.add_router("inet")
+    hosts = {"inet": router}
+    for i, name in enumerate(names, start=1):
+        host = lab.add_host(name)
+        lab.connect(host, router, [f"198.18.{i}.2/24", f"2001:db8:{i}::2/64"],
+                    [f"198.18.{i}.1/24", f"2001:db8:{i}::1/64"], mtu=mtu)
+        host.add_route("default", via=f"198.18.{i}.1")
+        host.add_route("default", via=f"2001:db8:{i}::1")
+        hosts[name] = host
+    return hosts
+
+
+def free_port(host: Host) -> int:
+    """An unused UDP/TCP port number inside ``host`` (asks the kernel there)."""
+    out = host.run([sys.executable, "-c",
+                    "import socket; s=socket.socket(); s.bind(('',0)); print(s.getsockname()[1])"])
+    return int(out.stdout.decode().strip())
+
+
 def lab_namespaces(prefix: str) -> list[str]:
     result = _run(["ip", "netns", "list"], check=False)
     names = [line.split()[0] for line in result.stdout.decode().splitlines() if line.strip()]
