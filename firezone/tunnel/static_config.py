@@ -33,6 +33,8 @@ class StaticConfig:
     mtu: int = 1280
     name: str = "tun-firezone"
     rekey_attempt_time: float | None = None
+    #: Shorter than WireGuard's 120 s only to exercise rekeying in tests.
+    rekey_after_time: float | None = None
     peers: list[StaticPeer] = field(default_factory=list)
 
 
@@ -94,6 +96,8 @@ def parse_static_config(text: str) -> StaticConfig:
             config.mtu = int(interface["mtu"][0])
         if "rekeyattempttime" in interface:
             config.rekey_attempt_time = float(interface["rekeyattempttime"][0])
+        if "rekeyaftertime" in interface:
+            config.rekey_after_time = float(interface["rekeyaftertime"][0])
     except ValueError as e:
         raise ConfigError(f"[Interface]: {e}") from None
     if "address" in interface:

@@ -112,7 +112,8 @@ class LabProcess:
         return self.popen.poll() is None
 
     def log(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
