@@ -149,7 +149,8 @@ class WireGuardTunnel:
         else:
             for action in actions:  # cookie replies to unknown or loaded senders
                 if isinstance(action, SendDatagram):
-                    self._send(action.data, action.destination or source)
+                    target = action.destination or source
+                    self._send(action.data, (target[0], target[1]))
 
     # actions and timers
 
