@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -13,7 +14,13 @@ from twisted.python import usage
 
 from firezone import __version__
 from firezone.common import options as opt
+from firezone.common.health import Readiness
 from firezone.common.role import RoleService
+from firezone.control.backoff import reconnect_policy
+from firezone.control.channel import ChannelFatal
+from firezone.control.client import PortalChannelService
+from firezone.control.fatal import stop_with_status
+from firezone.control.login import user_agent
 from firezone.relay.metrics import RelayCollector
 from firezone.relay.server import TurnServer
 from firezone.relay.udp import RelayUDP
@@ -75,12 +82,9 @@ class Options(opt.EnvOptions):
                 f"--lowest-port {self['lowest-port']} is above --highest-port "
                 f"{self['highest-port']}"
             )
-        if self["api-url"]:
-            # The portal channel client arrives with the control-plane API; until then the
-            # relay runs standalone only, and says so rather than pretending to join.
+        if self["api-url"] and not self["token"]:
             raise usage.UsageError(
-                "--api-url/FIREZONE_API_URL: joining a portal is not supported by this build "
-                "yet; run standalone with --stamp-secret"
+                "--api-url/FIREZONE_API_URL needs the relay token: --token or FIREZONE_TOKEN"
             )
         if self["name"] is None:
             self["name"] = socket.gethostname()
@@ -113,9 +117,77 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     stats = TimerService(STATS_LOG_INTERVAL, _StatsLogger(server).log)
     stats.clock = reactor
     stats.setServiceParent(root)
-    # Standalone: ready once the sockets are bound (startService raises otherwise).
-    root.readiness.set_ready()
+    if options["api-url"]:
+        # Joined to a portal: ready only while joined (REFERENCE 1.5, 3.6).
+        root.readiness.set_not_ready("not joined to the portal yet")
+        portal = PortalChannelService(
+            reactor,
+            options["api-url"],
+            "relay",
+            options["token"],
+            topic="relay",
+            join_payload={"stamp_secret": stamp_secret},
+            observer=PortalLink(root.readiness, reactor),
+            user_agent=user_agent("relay", __version__),
+            params={
+                "name": options["name"],
+                "ipv4": _str_or_none(options["public-ip4"]),
+                "ipv6": _str_or_none(options["public-ip6"]),
+                "port": options["listen-port"],
+            },
+            reconnect_backoff=reconnect_policy(MAX_PARTITION_TIME),
+        )
+        portal.setName("portal")
+        portal.setServiceParent(root)
+    else:
+        # Standalone: ready once the sockets are bound (startService raises otherwise).
+        root.readiness.set_ready()
     return root
+
+
+#: The reference relay gives up after 24 h without the portal.
+MAX_PARTITION_TIME = 24 * 3600.0
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class PortalLink:
+    """The relay's observer of its portal channel.
+
+    ``/readyz`` follows the join.  A fatal channel error (token refused, join
+    refused, 24 h without the portal) is logged as one line and ends the
+    process: the reactor stops normally and the exit status is 1
+    (:func:`firezone.control.fatal.stop_with_status`), so a supervisor sees the
+    failure instead of a relay that serves nobody.
+    """
+
+    def __init__(
+        self,
+        readiness: Readiness,
+        reactor: Any,
+        stop: Callable[[Any, int], None] | None = None,
+    ) -> None:
+        self.readiness = readiness
+        self.reactor = reactor
+        self._stop = stop if stop is not None else stop_with_status
+
+    def on_joined(self, reply: Mapping[str, Any]) -> None:
+        self.readiness.set_ready()
+
+    def on_message(self, event: str, payload: Any) -> None:
+        # The portal pushes ``init {}`` after the join; nothing else is addressed to relays.
+        if event != "init":
+            _log.debug("ignoring portal message {event!r}", event=event)
+
+    def on_disconnected(self, reason: str) -> None:
+        self.readiness.set_not_ready(f"portal connection: {reason}")
+
+    def on_fatal(self, reason: ChannelFatal) -> None:
+        _log.critical("relay stopping: {reason}", reason=str(reason))
+        self.readiness.set_not_ready(str(reason))
+        self._stop(self.reactor, 1)
 
 
 STATS_LOG_INTERVAL = 10.0
