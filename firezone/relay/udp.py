@@ -11,7 +11,6 @@ server for ``(payload, port, peer)`` and sends at once.
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,6 +21,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from firezone.common.logging import RateLimitedLog
+from firezone.common.sockets import grow_buffers
 from firezone.relay.commands import (
     Address,
     Command,
@@ -37,27 +37,12 @@ from firezone.wire.stun import AddressFamily
 
 _log = Logger()
 
-#: Socket buffers: bursts of relayed packets must not overflow the kernel queues.
-SOCKET_BUFFER = 4 * 1024 * 1024
-
 BindingObserver = Callable[[Command], None]
 _ALLOCATE_SUCCESS = b"\x01\x03"  # STUN message type of an Allocate success response
 
 
 def _family(ip: str) -> AddressFamily:
     return AddressFamily.V6 if ":" in ip else AddressFamily.V4
-
-
-def _grow_buffers(sock: socket.socket) -> None:
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force or plain, SOCKET_BUFFER)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-            except OSError:
-                pass
 
 
 class _ListenProtocol(DatagramProtocol):
@@ -127,7 +112,7 @@ class RelayUDP(Service):
             port = self.reactor.listenUDP(
                 self.server.listen_port, _ListenProtocol(self), interface=ip, maxPacketSize=65535
             )
-            _grow_buffers(port.socket)
+            grow_buffers(port.socket)
             self._listen[family] = port
             _log.info("relay listening on {ip} port {port}", ip=ip, port=self.server.listen_port)
         super().startService()
@@ -218,7 +203,7 @@ class RelayUDP(Service):
             _log.warn("cannot bind allocation port {port}: {error}", port=port, error=e)
             self.apply(self.server.handle_allocation_failed(port))
             return False
-        _grow_buffers(listening.socket)
+        grow_buffers(listening.socket)
         self._allocations[(port, family)] = listening
         return True
 

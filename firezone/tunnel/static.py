@@ -10,7 +10,6 @@ WireGuard counters.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from firezone.common.health import Readiness, health_service
 from firezone.common.metrics import new_registry
 from firezone.common.options import host_port
+from firezone.common.sockets import grow_buffers
 from firezone.tunnel.netconfig import configure_interface
 from firezone.tunnel.static_config import ConfigError, StaticConfig, parse_static_config
 from firezone.tunnel.tun import TunDevice, TunError
@@ -31,7 +31,6 @@ from firezone.wireguard.constants import TimerConfig
 from firezone.wireguard.device import Device, DeviceConfig
 
 _log = Logger()
-SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class TunnelCollector(Collector):
@@ -72,15 +71,6 @@ class TunnelCollector(Collector):
                                 value=self._tun.stats.write_drops)
 
 
-def _grow(sock: socket.socket) -> None:
-    for option in (getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF),
-                   getattr(socket, "SO_SNDBUFFORCE", socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        except OSError:
-            pass
-
-
 def run(config: StaticConfig, health: tuple[str, int] | None, reactor: Any) -> None:
     overrides: dict[str, float] = {}
     if config.rekey_attempt_time is not None:
@@ -103,7 +93,7 @@ def run(config: StaticConfig, health: tuple[str, int] | None, reactor: Any) -> N
     tun = TunDevice.open(reactor, tunnel.packets_from_tun, name=config.name)  # type: ignore[arg-type]
     port = reactor.listenUDP(config.listen_port, protocol,  # type: ignore[attr-defined]
                              maxPacketSize=65535)
-    _grow(port.socket)
+    grow_buffers(port.socket)
     routes: list[str] = []
     for peer in config.peers:
         tunnel.add_peer(peer.public_key, list(peer.allowed_ips), peer.endpoint,

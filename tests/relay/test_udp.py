@@ -7,6 +7,7 @@ import random
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
+from firezone.common.sockets import DEFAULT_BUFFER as SOCKET_BUFFER
 from firezone.relay.commands import (
     Command,
     CreateChannelBinding,
@@ -15,7 +16,7 @@ from firezone.relay.commands import (
 )
 from firezone.relay.metrics import RelayCollector
 from firezone.relay.server import TurnServer
-from firezone.relay.udp import SOCKET_BUFFER, RelayUDP
+from firezone.relay.udp import RelayUDP
 from firezone.wire.stun import (
     ChannelNumber,
     Lifetime,
