@@ -73,4 +73,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
 
-    return RoleService("portal", reactor, options["health-check"])
+    from firezone.portal.api.service import PortalApiService
+
+    root = RoleService("portal", reactor, options["health-check"])
+    api = PortalApiService(
+        reactor=reactor,
+        listen=options["listen"],
+        database_url=options["database"],
+        data_dir=Path(options["data-dir"]),
+        external_url=options["external-url"],
+        readiness=root.readiness,
+    )
+    api.setName("api")
+    api.setServiceParent(root)
+    return root
