@@ -1,8 +1,12 @@
 """``make demo``: run all four roles on this machine against the embedded SQLite portal.
 
-It prints every command it runs, waits for each role's ``/healthz``, shows the
-``/readyz`` of each, and keeps them running until Ctrl-C (or, with ``--check``,
-stops them and exits 0 once all are healthy: that is how the test suite runs it).
+It provisions an account with ``firezone-ctl`` (a site, a resource, a policy
+for Everyone, relay/gateway/client tokens), starts the portal, then the relay,
+gateway and client with the tokens it printed.  It prints every command it
+runs, waits for each role's ``/healthz``, shows the ``/readyz`` of each (the
+relay is ready once it has joined the portal), and keeps them running until
+Ctrl-C (or, with ``--check``, stops them and exits once all are healthy and the
+relay has joined: that is how the test suite runs it).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +40,43 @@ def _twistd() -> str:
     return str(candidate) if candidate.exists() else "twistd"
 
 
-def plan(data_dir: Path, base_port: int) -> list[Role]:
+def _ctl() -> str:
+    candidate = Path(sys.executable).with_name("firezone-ctl")
+    return str(candidate) if candidate.exists() else "firezone-ctl"
+
+
+def _env_lines(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def provision(data_dir: Path, api_url: str) -> dict[str, str]:
+    """Create the demo account and its tokens with firezone-ctl; print each command."""
+    portal_dir = data_dir / "portal"
+    base = [_ctl(), "--data-dir", str(portal_dir), "--api-url", api_url]
+
+    def ctl(*args: str) -> str:
+        argv = [*base, *args]
+        print(f"[demo] {shlex.join(argv[:1] + list(args))}", flush=True)
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+    account = _env_lines(ctl("account", "create", "--slug", "demo", "--name", "Demo",
+                             "--admin-email", "admin@demo.test"))
+    ctl("site", "create", "--account", "demo", "--name", "hq")
+    resource = ctl("resource", "create", "--account", "demo", "--type", "cidr",
+                   "--address", "198.51.100.0/24", "--site", "hq", "--name", "docs",
+                   "--filter", "tcp/80", "--filter", "icmp").split()[0]
+    ctl("policy", "create", "--account", "demo", "--group", account["EVERYONE_GROUP_ID"],
+        "--resource", resource, "--description", "everyone may reach the docs")
+    relay = _env_lines(ctl("relay-token", "create"))
+    gateway = _env_lines(ctl("gateway-token", "create", "--account", "demo", "--site", "hq"))
+    actor = ctl("service-account", "create", "--account", "demo",
+                "--name", "demo-client").split()[0]
+    client = _env_lines(ctl("client-token", "create", "--account", "demo", "--actor", actor))
+    return {"relay": relay["FIREZONE_TOKEN"], "gateway": gateway["FIREZONE_TOKEN"],
+            "gateway_id": gateway.get("FIREZONE_ID", ""), "client": client["FIREZONE_TOKEN"]}
+
+
+def plan(data_dir: Path, base_port: int, tokens: dict[str, str]) -> list[Role]:
     """The four roles, each with its own health port and state under ``data_dir``."""
     twistd = _twistd()
     api_url = f"ws://127.0.0.1:{base_port}/"
@@ -47,15 +88,19 @@ def plan(data_dir: Path, base_port: int) -> list[Role]:
              {"FIREZONE_DATA_DIR": str(data_dir / "portal"),
               "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 1}"}, base_port + 1),
         Role("relay", [twistd, *common, "firezone-relay", "--public-ip4", "127.0.0.1",
-                       "--listen-port", str(base_port + 478), "--stamp-secret", stamp_secret],
-             {"HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 2}"}, base_port + 2),
+                       "--listen-port", str(base_port + 478), "--stamp-secret", stamp_secret,
+                       "--lowest-port", str(base_port + 500), "--highest-port",
+                       str(base_port + 999)],
+             {"HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 2}", "FIREZONE_API_URL": api_url,
+              "FIREZONE_TOKEN": tokens["relay"], "FIREZONE_NAME": "demo-relay"},
+             base_port + 2),
         Role("gateway", [twistd, *common, "firezone-gateway",
                          "--id-path", str(data_dir / "gateway" / "id")],
-             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": "demo-gateway-token",
+             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": tokens["gateway"],
               "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 3}"}, base_port + 3),
         Role("client", [twistd, *common, "firezone-client",
                         "--id-path", str(data_dir / "client" / "id")],
-             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": "demo-client-token",
+             {"FIREZONE_API_URL": api_url, "FIREZONE_TOKEN": tokens["client"],
               "FIREZONE_DNS_CONTROL": "disabled",
               "HEALTH_CHECK_ADDR": f"127.0.0.1:{base_port + 4}"}, base_port + 4),
     ]
@@ -96,15 +141,15 @@ def stop(roles: list[Role]) -> None:
                 role.process.wait()
 
 
-def wait_healthy(roles: list[Role], timeout: float) -> list[str]:
-    """Names of roles not healthy within ``timeout`` seconds (empty when all are)."""
+def wait_for(roles: list[Role], path: str, timeout: float) -> list[str]:
+    """Names of roles whose ``path`` did not answer 200 within ``timeout`` s (empty: all did)."""
     deadline = time.monotonic() + timeout
     pending = {r.name: r for r in roles}
     while pending and time.monotonic() < deadline:
         for name, role in list(pending.items()):
             if role.process is not None and role.process.poll() is not None:
                 continue
-            if _get(role.health_port, "/healthz")[0] == 200:
+            if _get(role.health_port, path)[0] == 200:
                 del pending[name]
         time.sleep(0.2)
     return sorted(pending)
@@ -118,17 +163,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit once every role is healthy (for tests)")
     args = parser.parse_args(argv)
     data_dir = args.data_dir.resolve()
-    roles = plan(data_dir, args.base_port)
-    start(roles, data_dir / "logs")
+    if data_dir.exists():
+        shutil.rmtree(data_dir)  # a demo starts from an empty portal every time
+    data_dir.mkdir(parents=True)
+    tokens = provision(data_dir, f"ws://127.0.0.1:{args.base_port}/")
+    roles = plan(data_dir, args.base_port, tokens)
+    start(roles[:1], data_dir / "logs")
     try:
-        unhealthy = wait_healthy(roles, timeout=30)
+        if wait_for(roles[:1], "/readyz", timeout=30):
+            print("[demo] the portal did not become ready; see its log", file=sys.stderr)
+            return 1
+        start(roles[1:], data_dir / "logs")
+        unhealthy = wait_for(roles, "/healthz", timeout=30)
+        not_joined = wait_for([r for r in roles if r.name == "relay"], "/readyz", timeout=30)
         for role in roles:
             code, body = _get(role.health_port, "/readyz")
             print(f"[demo] {role.name:8} health http://127.0.0.1:{role.health_port}/healthz "
                   f"ready={code} {body}", flush=True)
-        if unhealthy:
-            print(f"[demo] not healthy: {', '.join(unhealthy)}; logs in {data_dir / 'logs'}",
-                  file=sys.stderr)
+        if unhealthy or not_joined:
+            print(f"[demo] not healthy: {', '.join(unhealthy) or '-'}; relay joined: "
+                  f"{not not_joined}; logs in {data_dir / 'logs'}", file=sys.stderr)
             return 1
         print(f"[demo] all roles up; logs in {data_dir / 'logs'}", flush=True)
         if args.check:

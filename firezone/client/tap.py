@@ -81,4 +81,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     if options["id"] is None:
         options["id"] = load_or_create_id(options["id-path"])
-    return RoleService("client", reactor, options["health-check"])
+    root = RoleService("client", reactor, options["health-check"])
+    # Until the client joins the portal and brings its tunnel up it is honestly not ready.
+    root.readiness.set_not_ready("the client data plane is not wired into this role yet")
+    return root

@@ -70,4 +70,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     if options["id"] is None:
         options["id"] = load_or_create_id(options["id-path"])
-    return RoleService("gateway", reactor, options["health-check"])
+    root = RoleService("gateway", reactor, options["health-check"])
+    # Until the gateway joins the portal and brings its tunnel up it is honestly not ready.
+    root.readiness.set_not_ready("the gateway data plane is not wired into this role yet")
+    return root
