@@ -29,7 +29,7 @@ def _free_base_port() -> int:
 
 class DemoTests(SynchronousTestCase):
     def test_demo_check_runs_all_roles(self) -> None:
-        """The demo prints the command of each role and all four become healthy."""
+        """The demo provisions an account, prints each command; all roles up, relay joined."""
         out = io.StringIO()
         with redirect_stdout(out):
             code = demo.main(["--check", "--data-dir", self.mktemp(),
@@ -39,3 +39,6 @@ class DemoTests(SynchronousTestCase):
         for role in ("portal", "relay", "gateway", "client"):
             self.assertIn(f"firezone-{role}", text)
         self.assertIn("all roles up", text)
+        relay_line = next(line for line in text.splitlines() if line.startswith("[demo] relay "))
+        self.assertIn("ready=200", relay_line, "the relay joined the portal with its token")
+        self.assertIn("firezone-ctl policy create", text)
