@@ -19,6 +19,8 @@ setup(
     package_data={"firezone": ["py.typed"], "": ["*.sql", "*.html", "*.c", "*.css"]},
     exclude_package_data={"twisted.plugins": ["dropin.cache"]},
     include_package_data=False,
+    # The relay's XDP program is compiled by BCC at start, so its C source ships too.
+    data_files=[("share/firezone/bpf", ["bpf/relay_xdp.c"])],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",

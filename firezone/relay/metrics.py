@@ -59,3 +59,17 @@ class RelayCollector(Collector):
 
 def register(registry: CollectorRegistry, collector: RelayCollector) -> None:
     registry.register(collector)
+
+
+class XdpMapCollector(Collector):
+    """``relay_xdp_map_entries{map}``: what the kernel would relay right now."""
+
+    def __init__(self, map_entries: Callable[[], dict[str, int]]) -> None:
+        self._map_entries = map_entries
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("relay_xdp_map_entries", "Entries per XDP binding map",
+                                  labels=["map"])
+        for name, count in sorted(self._map_entries().items()):
+            gauge.add_metric([name], count)
+        yield gauge

@@ -21,7 +21,8 @@ from firezone.control.channel import ChannelFatal
 from firezone.control.client import PortalChannelService
 from firezone.control.fatal import stop_with_status
 from firezone.control.login import user_agent
-from firezone.relay.metrics import RelayCollector
+from firezone.relay.ebpf import AttachMode, XdpOffload, XdpOffloadError, XdpOffloadService
+from firezone.relay.metrics import RelayCollector, XdpMapCollector
 from firezone.relay.server import TurnServer
 from firezone.relay.udp import RelayUDP
 
@@ -66,6 +67,11 @@ class Options(opt.EnvOptions):
         ("allocations-per-username", None, "1",
          "Allocations one credential may hold at once; more evict the oldest (reference: 1)",
          _positive_int, None),
+        ("ebpf-offloading", None, None,
+         "Interface to attach the XDP data path to, e.g. eth0 (relayed data stays in the kernel)",
+         opt.non_empty, "EBPF_OFFLOADING"),
+        ("ebpf-attach-mode", None, "driver", "XDP attach mode: driver (native) or generic (SKB)",
+         AttachMode.parse, "EBPF_ATTACH_MODE"),
         ("stamp-secret", None, None,
          "Hex secret for TURN credentials (default: random at start; fix it only for tests)",
          opt.hex_secret, None),
@@ -113,7 +119,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     udp.setName("udp")
     udp.setServiceParent(root)
-    root.registry.register(RelayCollector(server, lambda: udp.send_errors))
+    collector = RelayCollector(server, lambda: udp.send_errors)
+    root.registry.register(collector)
+    if options["ebpf-offloading"]:
+        _attach_xdp(options, server, udp, collector, root)
     stats = TimerService(STATS_LOG_INTERVAL, _StatsLogger(server).log)
     stats.clock = reactor
     stats.setServiceParent(root)
@@ -188,6 +197,27 @@ class PortalLink:
         _log.critical("relay stopping: {reason}", reason=str(reason))
         self.readiness.set_not_ready(str(reason))
         self._stop(self.reactor, 1)
+
+
+def _attach_xdp(options: Options, server: TurnServer, udp: RelayUDP, collector: RelayCollector,
+                root: RoleService) -> None:
+    """Load and attach the XDP program, or refuse to start with one line saying why."""
+    iface = options["ebpf-offloading"]
+    offload = XdpOffload(iface, options["ebpf-attach-mode"], options["public-ip4"],
+                         options["public-ip6"], options["listen-port"], options["lowest-port"],
+                         options["highest-port"])
+    try:
+        offload.start()  # compile, load, configure, attach: a few seconds
+    except XdpOffloadError as e:
+        raise SystemExit(f"firezone-relay: XDP offload on {iface}: {e}") from None
+    # Every binding the pure server creates, refreshes, expires or frees reaches the kernel
+    # maps in the same event-loop turn; the maps are the only copy.
+    udp.add_binding_observer(offload.observe)
+    collector.datapaths["xdp"] = offload.counters
+    root.registry.register(XdpMapCollector(offload.map_entries))
+    XdpOffloadService(offload, server).setServiceParent(root)
+    _log.info("XDP offload attached to {iface} ({mode} mode)", iface=iface,
+              mode=options["ebpf-attach-mode"].value)
 
 
 STATS_LOG_INTERVAL = 10.0

@@ -185,6 +185,13 @@ class RelayUDP(Service):
                 self._notify(command)
 
     def _notify(self, command: Command) -> None:
+        if isinstance(command, CreateChannelBinding | DeleteChannelBinding):
+            _log.debug(
+                "binding {kind} {c[0]} {c[1]} {channel} {p[0]} {p[1]} {port}",
+                kind="create" if isinstance(command, CreateChannelBinding) else "delete",
+                c=command.client, channel=command.channel, p=command.peer,
+                port=command.allocation_port,
+            )
         for observer in self._binding_observers:
             try:
                 observer(command)
