@@ -4,24 +4,31 @@ One socket per address family on the listen port (3478) carries STUN and
 ChannelData from clients; one socket per allocation port and family carries
 traffic from peers.  The adapter translates datagrams into calls on the
 server and the server's commands into socket operations; it holds no protocol
-logic.  ChannelData, the hot path, skips the command objects: it asks the
-server for ``(payload, port, peer)`` and sends at once.
+logic.
+
+The data paths are batched (:mod:`firezone.common.udp_batch`): each reactor
+wake-up reads up to 256 datagrams from a socket, asks the server's fast paths
+for each one's route and sends consecutive equal-size datagrams to the same
+address as one UDP GSO ``sendmsg``.  Sending is never deferred past the
+wake-up, and everything queued is sent before a STUN message is handled, so
+datagrams leave in the order they would one by one and the commands a STUN
+message yields (sockets, binding observers) apply in the same turn.
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from firezone.common.logging import RateLimitedLog
 from firezone.common.sockets import grow_buffers
+from firezone.common.udp_batch import BatchedUDPPort, DatagramSender, gso_run_limit
 from firezone.relay.commands import (
     Address,
     Command,
@@ -39,44 +46,11 @@ _log = Logger()
 
 BindingObserver = Callable[[Command], None]
 _ALLOCATE_SUCCESS = b"\x01\x03"  # STUN message type of an Allocate success response
+_QUIET_SEND_ERRORS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED})
 
 
 def _family(ip: str) -> AddressFamily:
     return AddressFamily.V6 if ":" in ip else AddressFamily.V4
-
-
-class _ListenProtocol(DatagramProtocol):
-    """The listen port of one family: STUN and ChannelData from clients."""
-
-    def __init__(self, relay: RelayUDP) -> None:
-        self.relay = relay
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        relay = self.relay
-        sender: Address = (addr[0], addr[1])
-        if data and 64 <= data[0] <= 127:  # channels 0x4000-0x7FFF (RFC 8656 12)
-            routed = relay.server.relay_client_channel_data(data, sender)
-            if routed is not None:
-                payload, port, peer = routed
-                relay.send_from_allocation(payload, port, peer)
-            return
-        relay.apply(relay.server.handle_client_input(data, sender, relay.clock.seconds()))
-        relay.reschedule()
-
-
-class _AllocationProtocol(DatagramProtocol):
-    """One allocation port of one family: traffic from peers."""
-
-    def __init__(self, relay: RelayUDP, port: int) -> None:
-        self.relay = relay
-        self.allocation_port = port
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        relay = self.relay
-        routed = relay.server.relay_peer_data(data, (addr[0], addr[1]), self.allocation_port)
-        if routed is not None:
-            message, client = routed
-            relay.send_to_client(message, client)
 
 
 class RelayUDP(Service):
@@ -98,8 +72,11 @@ class RelayUDP(Service):
             self.bind_ips[AddressFamily.V4] = bind_ip4
         if bind_ip6 is not None and server.public_ip6 is not None:
             self.bind_ips[AddressFamily.V6] = bind_ip6
-        self._listen: dict[AddressFamily, Any] = {}
-        self._allocations: dict[tuple[int, AddressFamily], Any] = {}
+        self._listen: dict[AddressFamily, BatchedUDPPort] = {}
+        self._allocations: dict[tuple[int, AddressFamily], BatchedUDPPort] = {}
+        # The data paths' lookups: allocation port -> sender, per family of the peer.
+        self._to_peer4: dict[int, DatagramSender] = {}
+        self._to_peer6: dict[int, DatagramSender] = {}
         self._timer: IDelayedCall | None = None
         self._binding_observers = list(binding_observers)
         self.send_errors = 0
@@ -109,11 +86,9 @@ class RelayUDP(Service):
 
     def startService(self) -> None:
         for family, ip in self.bind_ips.items():
-            port = self.reactor.listenUDP(
-                self.server.listen_port, _ListenProtocol(self), interface=ip, maxPacketSize=65535
-            )
-            grow_buffers(port.socket)
-            self._listen[family] = port
+            self._listen[family] = BatchedUDPPort.listen(
+                self.reactor, self.server.listen_port, ip, self._from_clients, self._send_failed,
+                prepare=grow_buffers)
             _log.info("relay listening on {ip} port {port}", ip=ip, port=self.server.listen_port)
         super().startService()
         self.reschedule()
@@ -126,6 +101,8 @@ class RelayUDP(Service):
         for port in list(self._allocations.values()) + list(self._listen.values()):
             port.stopListening()
         self._allocations.clear()
+        self._to_peer4.clear()
+        self._to_peer6.clear()
         self._listen.clear()
 
     @property
@@ -136,31 +113,118 @@ class RelayUDP(Service):
         """Called with every Create/DeleteChannelBinding and FreeAllocation, in order."""
         self._binding_observers.append(observer)
 
-    # sending
+    # the data paths
+
+    def _from_clients(self, batch: list[tuple[bytes, Address]]) -> None:
+        """One wake-up of the listen port: ChannelData to peers in GSO runs, STUN in order."""
+        route = self.server.relay_client_channel_data
+        to_peer4, to_peer6 = self._to_peer4, self._to_peer6
+        run: list[bytes] = []
+        segment = limit = port = 0
+        peer: Address = ("", 0)
+        sender = cast(DatagramSender, None)  # set whenever ``run`` is not empty
+        for data, sender_address in batch:
+            if data and 64 <= data[0] <= 127:  # channels 0x4000-0x7FFF (RFC 8656 12)
+                routed = route(data, sender_address)
+                if routed is None:
+                    continue
+                payload, to_port, to_peer = routed
+                n = len(payload)
+                if run and to_port == port and to_peer == peer and len(run) < limit:
+                    if n == segment:
+                        run.append(payload)
+                        continue
+                    if n < segment:  # a shorter datagram ends a GSO run
+                        run.append(payload)
+                        sender.send_run(run, segment, peer)
+                        run = []
+                        continue
+                if run:
+                    sender.send_run(run, segment, peer)
+                    run = []
+                found = (to_peer6 if ":" in to_peer[0] else to_peer4).get(to_port)
+                if found is None:
+                    self.send_errors += 1
+                    continue
+                sender = found
+                run = [payload]
+                segment, limit, port, peer = n, gso_run_limit(n), to_port, to_peer
+            else:
+                if run:
+                    sender.send_run(run, segment, peer)
+                    run = []
+                try:
+                    self.apply(self.server.handle_client_input(
+                        data, sender_address, self.clock.seconds()))
+                    self.reschedule()
+                except Exception:
+                    _log.failure("relay failed on a STUN message from {sender}",
+                                 sender=sender_address)
+        if run:
+            sender.send_run(run, segment, peer)
+
+    def _from_peers(self, allocation_port: int) -> Callable[[list[tuple[bytes, Address]]], None]:
+        """The batch handler of one allocation port: peer data to clients as ChannelData."""
+        route = self.server.relay_peer_data
+        listen = self._listen
+
+        def from_peers(batch: list[tuple[bytes, Address]]) -> None:
+            run: list[bytes] = []
+            segment = limit = 0
+            client: Address = ("", 0)
+            sender = cast(DatagramSender, None)  # set whenever ``run`` is not empty
+            for data, peer in batch:
+                routed = route(data, peer, allocation_port)
+                if routed is None:
+                    continue
+                message, to_client = routed
+                n = len(message)
+                if run and to_client == client and len(run) < limit:
+                    if n == segment:
+                        run.append(message)
+                        continue
+                    if n < segment:
+                        run.append(message)
+                        sender.send_run(run, segment, client)
+                        run = []
+                        continue
+                if run:
+                    sender.send_run(run, segment, client)
+                    run = []
+                port = listen.get(AddressFamily.V6 if ":" in to_client[0] else AddressFamily.V4)
+                if port is None:
+                    self.send_errors += 1
+                    continue
+                sender = port.sender
+                run = [message]
+                segment, limit, client = n, gso_run_limit(n), to_client
+            if run:
+                sender.send_run(run, segment, client)
+
+        return from_peers
+
+    # sending (commands)
 
     def send_from_allocation(self, payload: bytes, port: int, peer: Address) -> None:
-        sock = self._allocations.get((port, _family(peer[0])))
-        if sock is None:
+        sender = (self._to_peer6 if ":" in peer[0] else self._to_peer4).get(port)
+        if sender is None:
             self.send_errors += 1
             return
-        self._sendto(sock, payload, peer)
+        sender.send(payload, peer)
 
     def send_to_client(self, message: bytes, client: Address) -> None:
-        sock = self._listen.get(_family(client[0]))
-        if sock is None:
+        port = self._listen.get(_family(client[0]))
+        if port is None:
             self.send_errors += 1
             return
-        self._sendto(sock, message, client)
+        port.sender.send(message, client)
 
-    def _sendto(self, port: Any, data: bytes, address: Address) -> None:
-        try:
-            port.socket.sendto(data, address)
-        except OSError as e:
-            # A full buffer or an unreachable peer drops one datagram, as UDP does.
-            self.send_errors += 1
-            if e.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED):
-                self._warn.warn(("send", e.errno), "relay send to {address} failed: {error}",
-                                address=address, error=e)
+    def _send_failed(self, error: OSError, address: Address, datagrams: int) -> None:
+        # A full buffer or an unreachable peer drops datagrams, as UDP does.
+        self.send_errors += datagrams
+        if error.errno not in _QUIET_SEND_ERRORS:
+            self._warn.warn(("send", error.errno), "relay send to {address} failed: {error}",
+                            address=address, error=error)
 
     # commands
 
@@ -203,20 +267,21 @@ class RelayUDP(Service):
         if ip is None or (port, family) in self._allocations:
             return True
         try:
-            listening = self.reactor.listenUDP(
-                port, _AllocationProtocol(self, port), interface=ip, maxPacketSize=65535
-            )
+            listening = BatchedUDPPort.listen(self.reactor, port, ip, self._from_peers(port),
+                                              self._send_failed, prepare=grow_buffers)
         except CannotListenError as e:
             _log.warn("cannot bind allocation port {port}: {error}", port=port, error=e)
             self.apply(self.server.handle_allocation_failed(port))
             return False
-        grow_buffers(listening.socket)
         self._allocations[(port, family)] = listening
+        senders = self._to_peer6 if family == AddressFamily.V6 else self._to_peer4
+        senders[port] = listening.sender
         return True
 
     def _close_allocation(self, port: int, family: AddressFamily) -> None:
         listening = self._allocations.pop((port, family), None)
         if listening is not None:
+            (self._to_peer6 if family == AddressFamily.V6 else self._to_peer4).pop(port, None)
             listening.stopListening()
 
     # expiry
