@@ -258,6 +258,44 @@ def run_trafgen(topology: RelayTopology, packets: int, rate_pps: int,
     return parse_trafgen(output, wall)
 
 
+def trafgen_workers() -> int:
+    """How many trafgen workers can run, one per CPU: trafgen pins worker i to CPU i, so
+    this counts the CPUs 0, 1, ... this process may use, up to the first gap."""
+    allowed = os.sched_getaffinity(0)
+    count = 0
+    while count in allowed:
+        count += 1
+    return max(count, 1)
+
+
+def flood_trafgen(topology: RelayTopology, seconds: float, workers: int,
+                  max_rate: int = 2_000_000) -> TrafgenRun:
+    """As many frames as ``workers`` trafgen workers send in ``seconds``: the highest rate.
+
+    Unlike :func:`run_trafgen` nothing paces it: each worker (pinned by trafgen to
+    CPU 0, 1, ...) fills its own packet ring and flushes it straight to the driver,
+    past the qdisc (trafgen's default without ``-q``), so a ``tbf`` left by
+    :func:`run_trafgen` does not apply.  SIGINT after ``seconds`` ends the send
+    (trafgen prints its statistics); ``max_rate * seconds`` bounds the count.  The
+    rate is what the machine allows the sender *and* every receive path it runs in
+    softirq on the same CPUs.
+    """
+    config = topology.lab.workdir / "channeldata.trafgen"
+    config.write_text(trafgen_config(topology.gen_mac, topology.relay_mac))
+    started = time.monotonic()
+    result = topology.gen.run(
+        ["timeout", "--signal=INT", "--kill-after=5", f"{seconds:.1f}",
+         "trafgen", "-o", topology.gen_if, "-i", str(config), "-n",
+         str(int(max_rate * seconds)), "-P", str(workers), "-Q", "--no-sock-mem"],
+        timeout=seconds + 20, check=False,
+    )
+    wall = time.monotonic() - started
+    output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    if result.returncode not in (0, 124):
+        raise LabError(f"trafgen failed ({result.returncode}):\n{output[-1500:]}")
+    return parse_trafgen(output, wall)
+
+
 def python_in(host: Host, code: str, *args: str, name: str = "python") -> LabProcess:
     """A short inline Python program inside ``host`` (sinks in tests)."""
     return host.spawn([sys.executable, "-c", code, *args], name=name)
