@@ -600,8 +600,13 @@ class IceAgent:
         if pair is not None:
             if message.get(UseCandidate) is not None and not self._controlling:
                 pair.nominated = True
-            # RFC 8445 7.3.1.4: triggered check, unless one is already under way.
-            if pair.state in (PairState.WAITING, PairState.FAILED):
+            # RFC 8445 7.3.1.4: a triggered check for a Waiting or Failed pair, and for an
+            # In-Progress one too ("the agent cancels the In-Progress transaction ... The
+            # agent MUST then create a new connectivity check for that pair"): our earlier
+            # check may have been lost (e.g. before the peer's relay channel existed), and
+            # waiting for its retransmission would cost a whole RTO.  A late answer to the
+            # earlier transaction is still accepted.
+            if pair.state in (PairState.WAITING, PairState.FAILED, PairState.IN_PROGRESS):
                 pair.reset_checks(now)
         self._tick(now)
         return True

@@ -699,12 +699,14 @@ class TurnClient:
         wire = list(attributes)
         key: bytes | None = None
         had_nonce = False
-        if authenticate and self._username is not None:
-            wire += [Username(self._username), Realm(self._realm)]
-            if self._nonce is not None:
-                wire.append(Nonce(self._nonce))
-                had_nonce = True
+        if authenticate and self._username is not None and self._nonce is not None:
+            wire += [Username(self._username), Realm(self._realm), Nonce(self._nonce)]
+            had_nonce = True
             key = self._key
+        # Without a nonce yet the request goes out with no credentials at all (RFC 5389
+        # 10.2.1: "the very first request is sent as if there were no authentication"): the
+        # 401 brings REALM and NONCE.  USERNAME + MESSAGE-INTEGRITY without NONCE gets 400
+        # from RFC-conforming servers such as coturn (10.2.2), unsigned, so no retry.
         payload = Message(method, MessageClass.REQUEST, tid, wire).encode(integrity_key=key)
         if method == Method.CHANNEL_BIND and channel is not None and peer is not None:
             self._binding_peers[peer] = tid

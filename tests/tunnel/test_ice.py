@@ -281,6 +281,23 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(a.remote_candidates(), [srflx])
         self.assertEqual(a.pairs()[0].remote, srflx)
 
+    def test_check_on_in_progress_pair_triggers_a_new_check(self) -> None:
+        """RFC 8445 7.3.1.4: "If the state of that pair is In-Progress, the agent cancels the
+        In-Progress transaction ... The agent MUST then create a new connectivity check for
+        that pair": the answer comes back at once instead of after the retransmission
+        timeout, and a late answer to the first check still counts."""
+        a = agent()
+        (first,) = drain(a)
+        self.assertEqual(a.pairs()[0].state, PairState.IN_PROGRESS)
+        self.assertTrue(a.handle_input(request(), THERE, T0 + 0.01))
+        sent = drain(a)
+        self.assertEqual([Message.decode(t.payload).message_class for t in sent],
+                         [MessageClass.SUCCESS, MessageClass.REQUEST])
+        self.assertNotEqual(Message.decode(sent[1].payload).transaction_id,
+                            Message.decode(first.payload).transaction_id)
+        self.assertTrue(a.handle_input(answer(first), THERE, T0 + 0.02))
+        self.assertEqual(a.pairs()[0].state, PairState.SUCCEEDED)
+
     def test_checks_through_an_unknown_relay_are_ignored(self) -> None:
         """A check through a relayed address that is not our candidate gets no answer and
         creates nothing; through our own relayed candidate it is answered via that relay."""

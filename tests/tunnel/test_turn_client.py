@@ -205,7 +205,9 @@ class AllocationTests(SynchronousTestCase):
         self.assertTrue(h.client.has_allocation)
 
     def test_allocate_attributes_and_401_retry(self) -> None:
-        """The first Allocate has no NONCE; after 401 it is retried with the relay's NONCE."""
+        """The first Allocate carries no credentials (RFC 5389 10.2.1: "the very first
+        request is sent as if there were no authentication"); after 401 it is retried
+        with USERNAME, REALM, the relay's NONCE and MESSAGE-INTEGRITY."""
         h = Harness()
         allocates = [m for _, m in h.requests(Method.ALLOCATE)]
         self.assertEqual(len(allocates), 2)
@@ -214,10 +216,13 @@ class AllocationTests(SynchronousTestCase):
         self.assertEqual(first.get(AdditionalAddressFamily),
                          AdditionalAddressFamily(AddressFamily.V6))
         self.assertEqual(first.get(Software), Software("snownet"))
-        self.assertEqual(first.get(Username), Username(USERNAME))
-        self.assertEqual(first.get(Realm), Realm("firezone"))
+        self.assertIsNone(first.get(Username))
+        self.assertIsNone(first.get(Realm))
         self.assertIsNone(first.get(Nonce))
-        self.assertIsNotNone(first.get(MessageIntegrity))
+        self.assertIsNone(first.get(MessageIntegrity))
+        self.assertEqual(second.get(Username), Username(USERNAME))
+        self.assertEqual(second.get(Realm), Realm("firezone"))
+        self.assertIsNotNone(second.get(MessageIntegrity))
         nonce = second.get(Nonce)
         assert nonce is not None
         challenge = [c for c in h.commands if isinstance(c, SendMessage)
