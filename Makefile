@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 # Debian packages the suite and the benchmarks need (real peers, kernel tooling, PostgreSQL).
 DEB_PACKAGES := postgresql coturn wireguard-go wireguard-tools iperf3 nftables iproute2 \
 	iputils-ping tcpdump ethtool python3-bpfcc bpfcc-tools linux-headers-amd64 netsniff-ng \
-	procps psmisc curl
+	procps psmisc curl nginx
 BCC_LINK := .bcc-path/bcc
 DEB_BCC := /usr/lib/python3/dist-packages/bcc
 
@@ -55,7 +55,7 @@ lint: venv
 
 # The benchmarks (bench/<name>.py); helpers in bench/ start with an underscore or are scripts
 # the benchmarks run inside the lab.
-BENCHES := relay tunnel
+BENCHES := relay tunnel connect portal
 
 bench: deps venv
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(VPY) bench/$$b.py || exit 1; done
