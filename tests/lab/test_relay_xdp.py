@@ -695,7 +695,9 @@ class RelayXdpMixin:
         case.assertLessEqual(delta[("userspace", "to_peer")] + delta[("userspace", "to_client")],
                              4, delta)
         for log in logs:
-            case.assertNotIn("bad", log, log[:3000])
+            # tcpdump -vv marks wrong checksums "bad cksum" / "bad udp cksum" (a bare "bad"
+            # also matches random IPv6 flow labels such as 0x5bad1).
+            case.assertIsNone(re.search(r"bad (udp )?cksum", log), log[:3000])
             case.assertIn("sum ok", log)
         relayed = len(re.findall(rf"{re.escape(sender_prefix)}\.\d+ > ", logs[0]))
         case.assertGreaterEqual(relayed, sent, logs[0][:3000])

@@ -1,7 +1,9 @@
 """What a connected client may reach, from the store's rows and the policy engine.
 
-The channels call :func:`load_client_access` whenever something that could
-change the answer happened (a store change, the minute tick) and then ask the
+A client's channel calls :func:`load_client_access` for an authorization
+request; a store change or the minute tick reads the whole account once
+(:func:`load_account_snapshot`) and derives every connected client's snapshot
+from it (:meth:`AccountSnapshot.client_access`).  Either way the channel asks the
 snapshot pure questions: which resources are connectable now
 (:meth:`ClientAccess.connectable`), may this one be authorized
 (:meth:`ClientAccess.decide`).  Rows become the engine's values here:
@@ -34,7 +36,10 @@ from firezone.portal.store.records import (
 )
 
 __all__ = [
+    "AccountSnapshot",
     "ClientAccess",
+    "build_client_access",
+    "load_account_snapshot",
     "load_client_access",
     "policy_model",
     "resource_model",
@@ -160,6 +165,54 @@ class ClientAccess:
         return self.resources.get(resource_id)
 
 
+def _models_of(resources: list[Resource]) -> dict[str, ResourceModel]:
+    models = {}
+    for r in resources:
+        model = resource_model(r)
+        if model is not None:
+            models[r.id] = model
+    return models
+
+
+def build_client_access(
+    account: Account,
+    actor: Actor,
+    device: Device,
+    grants: list[PolicyGrant],
+    resources: dict[str, ResourceModel],
+    site_names: dict[str, str],
+    token: Token,
+    remote_country: str | None,
+    client_version: str | None,
+    policy_models: dict[str, PolicyModel | None] | None = None,
+) -> ClientAccess:
+    """The snapshot of one client from already-read rows (``policy_models`` caches
+    :func:`policy_model` across the clients of one account)."""
+    policies = []
+    membership_by_policy: dict[str, str | None] = {}
+    for grant in grants:
+        if policy_models is None:
+            model = policy_model(grant.policy)
+        elif grant.policy.id in policy_models:
+            model = policy_models[grant.policy.id]
+        else:
+            model = policy_models[grant.policy.id] = policy_model(grant.policy)
+        if model is not None:
+            policies.append(model)
+            membership_by_policy[model.id] = grant.membership_id
+    return ClientAccess(
+        account=account,
+        actor=actor,
+        device=device,
+        subject=subject_for(actor, grants, device, token, remote_country),
+        policies=policies,
+        membership_by_policy=membership_by_policy,
+        resources=resources,
+        site_names=site_names,
+        client_version=client_version,
+    )
+
+
 async def load_client_access(
     store: IPortalStore,
     account_id: str,
@@ -176,26 +229,86 @@ async def load_client_access(
     grants = await store.list_policies_for_actor(account_id, actor_id)
     resources = await store.list_resources(account_id)
     sites = await store.list_sites(account_id)
-    policies = []
-    membership_by_policy: dict[str, str | None] = {}
-    for grant in grants:
-        model = policy_model(grant.policy)
-        if model is not None:
-            policies.append(model)
-            membership_by_policy[model.id] = grant.membership_id
-    models = {}
-    for r in resources:
-        model_r = resource_model(r)
-        if model_r is not None:
-            models[r.id] = model_r
-    return ClientAccess(
+    return build_client_access(
+        account, actor, device, grants, _models_of(resources),
+        {s.id: s.name for s in sites}, token, remote_country, client_version,
+    )
+
+
+@dataclass
+class AccountSnapshot:
+    """One read of the rows that decide every client's access in an account.
+
+    A change (or the minute tick) reads this once for the whole account instead
+    of once per connected client; :meth:`grants` answers what
+    ``list_policies_for_actor`` would, from the same rows.
+    """
+
+    account: Account
+    actors: dict[str, Actor]
+    #: actor id -> group id -> membership id (explicit memberships only).
+    memberships: dict[str, dict[str, str]]
+    managed_group_ids: frozenset[str]
+    #: Enabled policies in the store's order (inserted_at, id).
+    policies: list[Policy]
+    resources: dict[str, ResourceModel]
+    site_names: dict[str, str]
+    _grants: dict[str, list[PolicyGrant]] = field(default_factory=dict)
+    _policy_models: dict[str, PolicyModel | None] = field(default_factory=dict)
+
+    def grants(self, actor_id: str) -> list[PolicyGrant]:
+        """Mirrors ``list_policies_for_actor``: explicit grants in policy order, then
+        the managed (Everyone) group's for users; none for a disabled actor."""
+        cached = self._grants.get(actor_id)
+        if cached is not None:
+            return cached
+        actor = self.actors[actor_id]
+        out: list[PolicyGrant] = []
+        if not actor.disabled:
+            mine = self.memberships.get(actor_id, {})
+            out = [PolicyGrant(p, mine[p.group_id]) for p in self.policies if p.group_id in mine]
+            if actor.is_user:
+                out.extend(PolicyGrant(p, None) for p in self.policies
+                           if p.group_id in self.managed_group_ids)
+        self._grants[actor_id] = out
+        return out
+
+    def client_access(
+        self,
+        actor_id: str,
+        device: Device,
+        token: Token,
+        remote_country: str | None,
+        client_version: str | None,
+    ) -> ClientAccess | None:
+        """One client's snapshot; None if its actor is gone."""
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return None
+        return build_client_access(
+            self.account, actor, device, self.grants(actor_id), self.resources,
+            self.site_names, token, remote_country, client_version, self._policy_models,
+        )
+
+
+async def load_account_snapshot(store: IPortalStore, account_id: str) -> AccountSnapshot:
+    """Read an account's actors, memberships, groups, policies, resources and sites."""
+    account = await store.get_account(account_id)
+    actors = await store.list_actors(account_id)
+    groups = await store.list_groups(account_id)
+    memberships = await store.list_memberships(account_id)
+    policies = await store.list_policies(account_id)
+    resources = await store.list_resources(account_id)
+    sites = await store.list_sites(account_id)
+    by_actor: dict[str, dict[str, str]] = {}
+    for m in memberships:
+        by_actor.setdefault(m.actor_id, {})[m.group_id] = m.id
+    return AccountSnapshot(
         account=account,
-        actor=actor,
-        device=device,
-        subject=subject_for(actor, grants, device, token, remote_country),
-        policies=policies,
-        membership_by_policy=membership_by_policy,
-        resources=models,
+        actors={a.id: a for a in actors},
+        memberships=by_actor,
+        managed_group_ids=frozenset(g.id for g in groups if g.managed),
+        policies=[p for p in policies if not p.disabled],
+        resources=_models_of(resources),
         site_names={s.id: s.name for s in sites},
-        client_version=client_version,
     )

@@ -37,9 +37,8 @@ from firezone.policy.model import Resource as ResourceModel
 from firezone.policy.selection import GatewayCandidate, NoGateway, select_gateway
 from firezone.policy.versions import adapt_resource_for_version
 from firezone.portal.api import ingest
-from firezone.portal.api.access import ClientAccess, load_client_access
+from firezone.portal.api.access import AccountSnapshot, ClientAccess, load_client_access
 from firezone.portal.api.base import (
-    Coalesced,
     RelayFeed,
     read_candidates,
     read_uuid,
@@ -57,6 +56,7 @@ from firezone.portal.api.views import (
     subject_view,
 )
 from firezone.portal.store.errors import NotFound
+from firezone.portal.store.records import Device
 
 __all__ = ["ClientChannel"]
 
@@ -119,7 +119,6 @@ class ClientChannel:
         self.iceless_capable = False
         self._left = False
         self._expiry: IDelayedCall | None = None
-        self._recompute = Coalesced(node.clock, self._recompute_now, "resource recompute")
         self.relays = RelayFeed(
             clock=node.clock,
             debounce=node.config.relay_presence_debounce,
@@ -158,11 +157,12 @@ class ClientChannel:
 
     async def _join(self) -> None:
         access = await self._load()
-        self._adopt(access)
+        self._adopt(access, self.node.now())
 
     def after_join(self) -> None:
         assert self.access is not None
         self.node.register(self)
+        self.node.fanout.subscribe(self)
         self.socket.push("init", {
             "flow_logs": self.node.config.flow_logs.to_json(),
             "account_slug": self.access.account.slug,
@@ -182,7 +182,7 @@ class ClientChannel:
             return
         self._left = True
         self.node.unregister(self)
-        self._recompute.cancel()
+        self.node.fanout.unsubscribe(self)
         self.relays.cancel()
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -205,38 +205,51 @@ class ClientChannel:
             self.ctx.location.country, self.ctx.user_agent.version,
         )
 
-    def _adopt(self, access: ClientAccess) -> dict[str, dict[str, Any]]:
-        """Take a fresh snapshot; returns the previously rendered resources."""
+    def _adopt(
+        self, access: ClientAccess, now: float, views: dict[Any, dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Take a fresh snapshot; returns the previously rendered resources.
+
+        ``views`` shares rendered resources between the clients of one recompute."""
         self.access = access
         self.device = access.device
         previous = self.resources
-        self.resources = {
-            r.id: client_resource_view(
-                r, access.site_names.get(r.site_id or ""), sites_key=self._sites_key
-            )
-            for r in access.connectable(self.node.now())
-        }
+        site_key = self._sites_key
+        version = self.ctx.user_agent.version
+        resources = {}
+        for r in access.connectable(now):
+            key = (r.id, version, site_key)
+            view = views.get(key) if views is not None else None
+            if view is None:
+                view = client_resource_view(
+                    r, access.site_names.get(r.site_id or ""), sites_key=site_key
+                )
+                if views is not None:
+                    views[key] = view
+            resources[r.id] = view
+        self.resources = resources
         self.interface = client_interface(
             self.device.ipv4, self.device.ipv6, access.account.config
         )
         return previous
 
-    def _recompute_now(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._recompute_async())
-
-    async def _recompute_async(self) -> None:
+    # -- account-level recompute (see :mod:`firezone.portal.api.fanout`) -------------------------
+    def refresh(
+        self, snapshot: AccountSnapshot, device: Device | None, now: float,
+        views: dict[Any, dict[str, Any]],
+    ) -> None:
         if self._left:
             return
-        try:
-            access = await self._load()
-        except NotFound:
-            # The device, actor or account went away under us: make the client reconnect.
+        access = snapshot.client_access(
+            self.actor_id, device if device is not None else self.device, self.token,
+            self.ctx.location.country, self.ctx.user_agent.version,
+        )
+        if access is None:
+            # The actor went away under us: make the client reconnect.
             self.socket.stop()
             return
-        if self._left:
-            return
         old_interface = self.interface
-        previous = self._adopt(access)
+        previous = self._adopt(access, now, views)
         site = self._sites_key
         # connlib cannot move a resource between sites: such a move is a delete and a create.
         deleted = sorted(
@@ -252,6 +265,11 @@ class ClientChannel:
         if old_interface != self.interface:
             self.socket.push("config_changed", {"interface": self.interface})
 
+    def lost(self) -> None:
+        """The device, actor or account went away: make the client reconnect."""
+        if not self._left:
+            self.socket.stop()
+
     # -- from the node ---------------------------------------------------------------------------
     def on_change(self, op: str, table: str, ident: str) -> None:
         if table == "devices":
@@ -260,9 +278,10 @@ class ClientChannel:
             if op == "delete":
                 self.socket.stop()
                 return
-        elif table not in RECOMPUTE_TABLES:
+            self.node.fanout.request(self.account_id, self.device.id)
             return
-        self._recompute.request()
+        if table in RECOMPUTE_TABLES:
+            self.node.fanout.request(self.account_id)
 
     def on_token_deleted(self) -> None:
         self.socket.disconnect("token_expired")
@@ -271,7 +290,7 @@ class ClientChannel:
         self.relays.changed()
 
     def tick(self) -> None:
-        self._recompute.request()
+        self.node.fanout.request(self.account_id)
 
     def receive(self, msg: dict[str, Any]) -> None:
         if msg.get("account_id") != self.account_id or self._left:

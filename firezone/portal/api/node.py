@@ -11,7 +11,9 @@ change consumer (REFERENCE 1.6):
   and announced to the other nodes on every change and every heartbeat;
 * the store's ``changes`` and ``token_deleted`` notifications are handed to the
   channels of the affected account or token, which recompute what they must
-  (every node hears every change, so each only serves its own channels).
+  (every node hears every change, so each only serves its own channels);
+  clients' resources are recomputed per account by :attr:`ApiNode.fanout`
+  (:mod:`firezone.portal.api.fanout`), reading the account once per change.
 
 Time comes from the injected clock; the heartbeat and the minute tick are
 driven by ``TimerService`` s of :mod:`firezone.portal.api.service` (or by tests).
@@ -33,6 +35,7 @@ from twisted.logger import Logger
 from firezone.policy.geo import GeoResolver, Location
 from firezone.policy.selection import select_relays
 from firezone.portal.api import cluster
+from firezone.portal.api.fanout import ClientFanout
 from firezone.portal.api.refs import RefSigner
 from firezone.portal.api.views import FlowLogsConfig
 from firezone.portal.presence import GATEWAY, RELAY, Entry, GatewayEntry, Presence, RelayEntry
@@ -118,6 +121,8 @@ class ApiNode:
         self._claims: dict[str, object] = {}
         self._listening = False
         self._notify_lock = DeferredLock()
+        #: Clients' resource recomputes, one store read per account and change.
+        self.fanout = ClientFanout(store, clock)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
