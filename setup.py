@@ -46,6 +46,7 @@ setup(
             "ruff>=0.5",
             "tox>=4",
             "build>=1.2",
+            "py-spy>=0.3",  # bench/tunnel.py --profile
         ],
     },
     entry_points={"console_scripts": ["firezone-ctl = firezone.portal.ctl:main"]},

@@ -10,7 +10,7 @@ armed at ``Node.poll_timeout()``.
 
 The socket binds the wildcard address on port 52625 and falls back to an
 ephemeral port if that is taken (REFERENCE 5.2); IPv4 only.  Buffers are
-enlarged (SO_RCVBUFFORCE when root) and datagrams leave through
+enlarged (SO_RCVBUFFORCE when root, via firezone.common.sockets) and datagrams leave through
 ``socket.sendto`` directly, errors counted, never raised.
 """
 
@@ -24,9 +24,10 @@ from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from firezone.common.sockets import DEFAULT_BUFFER as SOCKET_BUFFER
+from firezone.common.sockets import grow_buffers
 from firezone.tunnel.ice import IceCreds
 from firezone.tunnel.node import (
     DEFAULT_PORT,
@@ -37,6 +38,7 @@ from firezone.tunnel.node import (
     RelayInfo,
 )
 from firezone.tunnel.peers import PeerTable
+from firezone.tunnel.wg_tunnel import TunnelDatagramProtocol
 
 __all__ = [
     "SOCKET_BUFFER",
@@ -47,7 +49,6 @@ __all__ = [
 
 _log = Logger()
 
-SOCKET_BUFFER = 4 * 1024 * 1024
 Address = tuple[str, int]
 
 
@@ -59,27 +60,6 @@ class AdapterStats:
     no_route: int = 0
     source_rejected: int = 0
     tun_write_drops: int = 0
-
-
-class _Protocol(DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
-        self._on_datagram = on_datagram
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self._on_datagram(data, (addr[0], addr[1]))
-
-
-def _grow(sock: Any) -> None:
-    for forced, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        for option in (forced, plain):
-            if option is None:
-                continue
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-                break
-            except OSError:
-                continue
 
 
 def interface_addresses(exclude: Iterable[str] = ()) -> list[str]:
@@ -136,7 +116,7 @@ class NodeAdapter:
 
     def listen(self, port: int = DEFAULT_PORT, interface: str = "0.0.0.0") -> int:
         """Bind the node's socket; ``port`` if free, else an ephemeral one.  Returns it."""
-        protocol = _Protocol(self.datagram_received)
+        protocol = TunnelDatagramProtocol(self.datagram_received)
         try:
             self._port = self.reactor.listenUDP(port, protocol, interface=interface,
                                                 maxPacketSize=65535)
@@ -147,7 +127,7 @@ class NodeAdapter:
             self._port = self.reactor.listenUDP(0, protocol, interface=interface,
                                                 maxPacketSize=65535)
         self._socket = self._port.socket
-        _grow(self._socket)
+        grow_buffers(self._socket, SOCKET_BUFFER)
         return self.port
 
     @property

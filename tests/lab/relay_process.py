@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,3 +80,10 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def lost_packets(output: str) -> tuple[int, int]:
+    """(sent, lost) from turnutils_uclient's closing summary."""
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    lost = re.search(r"Total lost packets (\d+)", output)
+    if not totals or not lost:
+        raise AssertionError(f"no summary in uclient output:\n{output[-2000:]}")
+    return int(totals[-1][0]), int(lost.group(1))

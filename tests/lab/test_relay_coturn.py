@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.lab import netlab
 from tests.lab.netlab import Lab
-from tests.lab.relay_process import credentials, metric_value, metrics, start_firezone_relay
-
-
-def lost_packets(output: str) -> tuple[int, int]:
-    """(sent, lost) from turnutils_uclient's closing summary."""
-    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    lost = re.search(r"Total lost packets (\d+)", output)
-    if not totals or not lost:
-        raise AssertionError(f"no summary in uclient output:\n{output[-2000:]}")
-    return int(totals[-1][0]), int(lost.group(1))
+from tests.lab.relay_process import (
+    credentials,
+    lost_packets,
+    metric_value,
+    metrics,
+    start_firezone_relay,
+)
 
 
 class RelayWithCoturnClientsTests(SynchronousTestCase):

@@ -49,7 +49,14 @@ from firezone.relay.ebpf.maps import RelayConfig
 from firezone.wire.stun import Lifetime, Method
 from tests.lab import netlab
 from tests.lab.netlab import Host, Lab, LabProcess
-from tests.lab.relay_process import STAMP_SECRET, credentials, metric_value, metrics, twistd
+from tests.lab.relay_process import (
+    STAMP_SECRET,
+    credentials,
+    lost_packets,
+    metric_value,
+    metrics,
+    twistd,
+)
 
 # ------------------------------------------------------------------------------------------
 # The program, loaded once
@@ -653,14 +660,6 @@ def relay_lab(mode: str) -> RelayLab:
     if isinstance(lab, BaseException):
         raise AssertionError(f"the {mode} relay lab could not be built: {lab}")
     return lab
-
-
-def lost_packets(output: str) -> tuple[int, int]:
-    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    lost = re.search(r"Total lost packets (\d+)", output)
-    if not totals or not lost:
-        raise AssertionError(f"no summary in uclient output:\n{output[-2000:]}")
-    return int(totals[-1][0]), int(lost.group(1))
 
 
 class RelayXdpMixin:
